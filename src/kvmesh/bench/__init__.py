@@ -1,0 +1,1 @@
+"""Benchmarks: cache, store, TTFT, router, load generator and side-by-side fleets."""

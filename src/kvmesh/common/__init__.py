@@ -1,0 +1,1 @@
+"""Pieces shared by every subsystem: the chunk-hash chain, KV events, errors, units."""

@@ -1,0 +1,213 @@
+"""Start and stop real child processes (redis-server, kvmesh store, workers).
+
+Used by test fixtures, benchmarks and ``kvmesh up``. Readiness is always
+polled (a TCP connect or an HTTP probe), never slept for. Children run in
+their own process group so that stopping one never leaves grandchildren.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def tcp_ready(host: str, port: int, timeout_s: float = 0.2) -> bool:
+    """True if a TCP connection to ``host:port`` succeeds now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def http_ready(url: str, timeout_s: float = 1.0) -> bool:
+    """True if ``GET url`` answers 2xx now."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (loopback)
+            return 200 <= resp.status < 300
+    except OSError:
+        return False
+
+
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    *,
+    interval_s: float = 0.02,
+    alive: Callable[[], bool] | None = None,
+) -> None:
+    """Poll ``predicate`` until true; ``TimeoutError`` naming ``what`` otherwise.
+
+    ``alive`` lets the caller give up at once when the process being waited
+    for has exited, instead of burning the whole timeout.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return
+        if alive is not None and not alive():
+            raise RuntimeError(f"{what}: process exited before it was ready")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not ready after {timeout_s:.1f}s")
+        time.sleep(interval_s)
+        interval_s = min(interval_s * 1.5, 0.5)
+
+
+@dataclass
+class ManagedProcess:
+    """A child process in its own process group, stopped with SIGTERM then SIGKILL."""
+
+    argv: Sequence[str]
+    name: str
+    env: dict[str, str] | None = None
+    log_path: Path | None = None
+    cwd: str | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self) -> ManagedProcess:
+        """Launch the process; output goes to ``log_path`` (or is discarded)."""
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.proc = subprocess.Popen(  # noqa: S603 (argv is ours)
+                list(self.argv),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(self.env or {})},
+                cwd=self.cwd,
+                start_new_session=True,
+            )
+        finally:
+            if out is not subprocess.DEVNULL:
+                out.close()
+        return self
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, num_bytes: int = 4000) -> str:
+        """The end of the process's log, for error messages."""
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        data = self.log_path.read_bytes()[-num_bytes:]
+        return data.decode("utf-8", "replace")
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the whole process group."""
+        if self.alive():
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+
+    def stop(self, timeout_s: float = 10.0) -> int | None:
+        """SIGTERM the group, wait, then SIGKILL; returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(timeout=timeout_s)
+        # Reap any grandchildren still in the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the group at once (to simulate a crash)."""
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+
+
+def redis_server_path() -> str:
+    """Path of ``redis-server``; ``FileNotFoundError`` with the fix if missing."""
+    path = shutil.which("redis-server")
+    if path is None:
+        raise FileNotFoundError("redis-server not found; `make redis` installs Debian's package")
+    return path
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server on a loopback port, with no persistence."""
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    password: str | None = None
+    maxmemory_bytes: int = 0
+    process: ManagedProcess | None = field(default=None, init=False)
+    _tmpdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    def start(self, timeout_s: float = 20.0) -> RedisServer:
+        """Start (or restart on the same port) and wait until it accepts connections."""
+        if not self.port:
+            self.port = find_free_port(self.host)
+        if self._tmpdir is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix="kvmesh-redis-")
+        argv = [
+            redis_server_path(), "--port", str(self.port), "--bind", self.host,
+            "--save", "", "--appendonly", "no", "--dir", self._tmpdir.name,
+            "--protected-mode", "no", "--loglevel", "warning",
+            "--proto-max-bulk-len", str(1 << 30),
+        ]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        if self.maxmemory_bytes:
+            argv += ["--maxmemory", str(self.maxmemory_bytes), "--maxmemory-policy", "allkeys-lru"]
+        log = Path(self._tmpdir.name) / "redis.log"
+        self.process = ManagedProcess(argv, "redis-server", log_path=log).start()
+        wait_until(
+            lambda: tcp_ready(self.host, self.port), timeout_s, "redis-server",
+            alive=self.process.alive,
+        )
+        return self
+
+    def stop(self) -> None:
+        """Stop the server; it can be started again on the same port."""
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def close(self) -> None:
+        """Stop and remove its working directory."""
+        self.stop()
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+
+@contextlib.contextmanager
+def redis_server(**kwargs: object) -> Iterator[RedisServer]:
+    """Context manager around :class:`RedisServer`."""
+    server = RedisServer(**kwargs).start()  # type: ignore[arg-type]
+    try:
+        yield server
+    finally:
+        server.close()
