@@ -51,6 +51,16 @@ class L2Backend(ABC):
     async def close(self) -> None:
         """Release connections. Idempotent; the backend is unusable afterwards."""
 
+    async def delete_many(self, keys: Sequence[bytes]) -> None:
+        """Remove ``keys`` if present (absent keys are fine).
+
+        The cache calls this, best effort, for values that failed validation,
+        so that a corrupt entry does not shadow a good rewrite (puts never
+        overwrite). Backends that cannot delete keep this default, which
+        raises ``NotImplementedError``; the cache then leaves the entry alone.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot delete entries")
+
     async def ping(self) -> None:
         """Raise a ``TransportError`` unless the backend answers. Used by reconnect probes."""
         await self.exists_prefix([])

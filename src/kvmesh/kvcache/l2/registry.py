@@ -19,6 +19,7 @@ _BUILTIN: dict[str, str] = {
     "redis": "kvmesh.kvcache.l2.redis_backend:RedisL2Backend.from_url",
     "rediss": "kvmesh.kvcache.l2.redis_backend:RedisL2Backend.from_url",
     "kvmesh": "kvmesh.store.client:StoreL2Backend.from_url",
+    "memory": "kvmesh.kvcache.l2.memory_backend:MemoryL2Backend.from_url",
 }
 _REGISTERED: dict[str, L2Factory] = {}
 
