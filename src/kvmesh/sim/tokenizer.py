@@ -10,13 +10,19 @@ cheap enough for 64 workers on 2 cores. With ``--model-dir`` the model's own
 
 from __future__ import annotations
 
-import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
 import xxhash
+
+from kvmesh.common.chat_render import ChatTemplate, render_chat
+
+__all__ = [
+    "ChatTemplate", "HFTokenizer", "SimTokenizer", "WordTokenizer", "count_tokens",
+    "load_chat_template", "load_tokenizer", "render_chat",
+]
 
 _WORD_RE = re.compile(r"\w+|[^\w\s]")
 _VOCAB = 32_000
@@ -80,75 +86,5 @@ def load_tokenizer(model_dir: str | Path | None) -> SimTokenizer:
 
 
 def load_chat_template(model_dir: str | Path | None) -> ChatTemplate | None:
-    """The model's Jinja chat template from ``tokenizer_config.json``, if it has one."""
-    if not model_dir:
-        return None
-    path = Path(model_dir) / "tokenizer_config.json"
-    if not path.is_file():
-        return None
-    config = json.loads(path.read_text())
-    source = config.get("chat_template")
-    if isinstance(source, list):  # named templates: take "default"
-        source = next((t["template"] for t in source if t.get("name") == "default"), None)
-    if not isinstance(source, str):
-        return None
-    special = {k: _token_text(config.get(k)) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-    return ChatTemplate(source, special)
-
-
-class ChatTemplate:
-    """A model's chat template, rendered the way HF transformers (and so vLLM) does."""
-
-    def __init__(self, source: str, special: dict[str, str]) -> None:
-        import jinja2.sandbox
-
-        env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-        env.globals["raise_exception"] = _raise_exception
-        env.filters["tojson"] = lambda v, indent=None: json.dumps(v, indent=indent, ensure_ascii=False)
-        self._template = env.from_string(source)
-        self._special = special
-
-    def render(self, messages: Sequence[dict[str, object]]) -> str:
-        """The prompt text; ``ValueError`` when the template rejects the messages."""
-        import jinja2
-
-        try:
-            return self._template.render(messages=list(messages), add_generation_prompt=True, **self._special)
-        except jinja2.TemplateError as exc:
-            raise ValueError(f"chat template failed: {exc}") from exc
-
-
-def render_chat(messages: Sequence[dict[str, object]], template: ChatTemplate | None = None) -> str:
-    """Render chat messages to the prompt text the engine sees.
-
-    Without a model template this is the fleet's plain rendering, byte for byte
-    the one the router uses (``kvmesh.router.routing_text.plain_chat_text``), so
-    a router hashing the text and a sim worker agree on chunk keys.
-    """
-    if template is not None:
-        return template.render(messages)
-    parts = [f"<|{m.get('role', 'user')}|>\n{_content_text(m.get('content'))}\n" for m in messages]
-    parts.append("<|assistant|>\n")
-    return "".join(parts)
-
-
-def _content_text(content: object) -> str:
-    """OpenAI content is a string or a list of parts; only text parts count."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
-
-
-def _token_text(value: object) -> str:
-    if isinstance(value, dict):  # AddedToken serialised form
-        return str(value.get("content", ""))
-    return value if isinstance(value, str) else ""
-
-
-def _raise_exception(message: str) -> None:
-    import jinja2
-
-    raise jinja2.TemplateError(message)
+    """The model's chat template, if a directory is given and it has one."""
+    return ChatTemplate.from_model_dir(model_dir) if model_dir else None
