@@ -79,7 +79,9 @@ def test_operator_reconciles_create_update_and_invalid_specs(
           "worker Deployment applied")
     worker = state.find("apps/v1", "deployments", "default")[0]
     assert [r["uid"] for r in worker["metadata"]["ownerReferences"]] == [uid]
-    assert _names(state, "v1", "services") == ["qwen-l1-worker"]
+    # Children are applied one after another: poll for the Service too.
+    _wait(operator, lambda: _names(state, "v1", "services") == ["qwen-l1-worker"],
+          "worker Service applied")
     _wait(operator, lambda: "endpointUrl" in _cr(state, "qwen-l1").get("status", {}),
           "status written")
     status = _cr(state, "qwen-l1")["status"]
@@ -94,7 +96,8 @@ def test_operator_reconciles_create_update_and_invalid_specs(
         "enabled": True, "routingStrategy": "prefixaware"}}}, status_only=False)
     _wait(operator, lambda: "qwen-l1-router" in _names(state, "apps/v1", "deployments"),
           "router Deployment applied after update")
-    assert _names(state, "rbac.authorization.k8s.io/v1", "roles") == ["qwen-l1-router"]
+    _wait(operator, lambda: _names(state, "rbac.authorization.k8s.io/v1", "roles") == ["qwen-l1-router"],
+          "router Role applied")
     _wait(operator, lambda: _cr(state, "qwen-l1")["status"]["endpointUrl"].startswith(
         "http://qwen-l1-router."), "endpoint URL moved to the router")
 
@@ -102,7 +105,8 @@ def test_operator_reconciles_create_update_and_invalid_specs(
         "enabled": False}}}, status_only=False)
     _wait(operator, lambda: _names(state, "apps/v1", "deployments") == ["qwen-l1-worker"],
           "router pruned after routing was turned off")
-    assert _names(state, "rbac.authorization.k8s.io/v1", "roles") == []
+    _wait(operator, lambda: _names(state, "rbac.authorization.k8s.io/v1", "roles") == [],
+          "router Role pruned")
 
     # An invalid spec: nothing is applied, the status and an event name the field.
     broken = yaml.safe_load((REPO / "deploy" / "samples" / "l1-only.yaml").read_text())

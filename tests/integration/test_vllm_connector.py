@@ -77,18 +77,34 @@ class Worker:
         return self.post("/tokenize", {"model": MODEL, "prompt": prompt})["tokens"]
 
     def metric(self, name: str, default: float | None = None, **labels: str) -> float:
-        """One sample of the merged /metrics (vLLM's + the connector's); ``default`` if absent."""
-        with urllib.request.urlopen(self.config.url + "/metrics", timeout=10) as resp:  # noqa: S310
-            text = resp.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    return sample.value
+        """One sample of the merged /metrics (vLLM's + the connector's); ``default`` if absent.
+
+        The connector's families reach /metrics through a side scrape that can miss
+        while the engine is busy, so an absent sample is polled for a few seconds.
+        """
+        found: list[float] = []
+
+        def scrape() -> bool:
+            with urllib.request.urlopen(self.config.url + "/metrics", timeout=10) as resp:  # noqa: S310
+                text = resp.read().decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == name and all(
+                        sample.labels.get(k) == v for k, v in labels.items()
+                    ):
+                        found.append(sample.value)
+                        return True
+            return False
+
+        if scrape():
+            return found[0]
         if default is not None:
             return default
-        raise KeyError(f"{name}{labels} not in /metrics")
+        try:
+            wait_until(scrape, 15, f"{name}{labels} in /metrics")
+        except TimeoutError as exc:
+            raise KeyError(str(exc)) from None
+        return found[0]
 
 
 def _expected_hit(num_prompt_tokens: int) -> int:

@@ -7,6 +7,11 @@ registered in the API server process, scrapes that port on every scrape of
 ``/metrics`` and re-exposes the families, so one scrape sees both vLLM's and
 kvmesh's metrics. A failed side scrape yields nothing (and bumps
 ``kvmesh_connector_bridge_errors``) rather than failing vLLM's endpoint.
+
+The side scrape's timeout (2 s) is generous on purpose: the side port is served
+by a thread of the EngineCore process, which on a busy CPU worker competes for
+the GIL with a long prefill, and a timeout makes every kvmesh family vanish from
+that scrape. It stays well below Prometheus's default 10 s scrape timeout.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from prometheus_client.registry import Collector
 class SideMetricsCollector(Collector):
     """Re-exposes the metric families served at ``http://127.0.0.1:<port>/metrics``."""
 
-    def __init__(self, port: int, timeout_s: float = 0.5) -> None:
+    def __init__(self, port: int, timeout_s: float = 2.0) -> None:
         if not 1 <= port <= 65535:
             raise ValueError(f"port must be in [1, 65535], got {port}")
         self.url = f"http://127.0.0.1:{port}/metrics"
@@ -49,7 +54,7 @@ class SideMetricsCollector(Collector):
         return []
 
 
-def install(port: int, registry: CollectorRegistry, timeout_s: float = 0.5) -> SideMetricsCollector:
+def install(port: int, registry: CollectorRegistry, timeout_s: float = 2.0) -> SideMetricsCollector:
     """Register a bridge to ``port`` on ``registry`` (vLLM's, in the API server process)."""
     collector = SideMetricsCollector(port, timeout_s)
     registry.register(collector)
