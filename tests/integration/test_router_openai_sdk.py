@@ -77,3 +77,6 @@ def test_conversations_stick_and_spread(client: openai.OpenAI, router: Router) -
     assert sorted(s[0] for s in served) == ["b1", "b1", "b2", "b2", "b3", "b3"]
     assert router.metric("kvmesh_router_routing_decisions_total", strategy="prefixaware", decision="affinity") >= 12
     assert router.metric("kvmesh_router_index_entries", structure="prefix_tree") > 1
+    # Every one of the 18 decisions above was timed (other tests in this module add more).
+    assert router.metric("kvmesh_router_decision_seconds_count", strategy="prefixaware") >= 18
+    assert router.metric("kvmesh_router_decision_seconds_sum", strategy="prefixaware") > 0

@@ -100,6 +100,10 @@ ROUTING = Dashboard("kvmesh-routing", "kvmesh / Routing", [
     Panel("Routing decisions", "ops", [
         (_rate("kvmesh_router_routing_decisions_total", "strategy, decision"),
          "{{strategy}} {{decision}}")]),
+    Panel("Routing decision time", "s", [
+        (_quantile(0.5, "kvmesh_router_decision_seconds", "strategy"), "P50 {{strategy}}"),
+        (_quantile(0.99, "kvmesh_router_decision_seconds", "strategy"), "P99 {{strategy}}")],
+        "Time the strategy takes to pick an endpoint; kvaware includes tokenization."),
     Panel("In-flight requests per endpoint", "short", [
         (f"sum by (endpoint) (kvmesh_router_in_flight{{{NS}}})", "{{endpoint}}")],
         "Live load the router balances against cache affinity."),

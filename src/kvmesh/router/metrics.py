@@ -18,6 +18,10 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 SizesFn = Callable[[], dict[str, tuple[int, int]]]
 
 
+DECISION_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1)
+"""Routing decisions take microseconds (prefixaware) to milliseconds (kvaware tokenizes)."""
+
+
 class _StructureCollector(Collector):
     """Reads index and tree sizes at scrape time (no work on the request path)."""
 
@@ -46,6 +50,10 @@ class RouterMetrics:
         self.decisions = Counter("kvmesh_router_routing_decisions",
                                  "Routing decisions by reason (affinity, spill, new, fallback, ...)",
                                  ["strategy", "decision"], registry=registry)
+        self.decision_seconds = Histogram(
+            "kvmesh_router_decision_seconds",
+            "Time the strategy took to pick an endpoint (body parse, tokenization, lookup)",
+            ["strategy"], buckets=DECISION_BUCKETS, registry=registry).labels(strategy)
         self.in_flight = Gauge("kvmesh_router_in_flight", "Requests in flight per endpoint",
                                ["endpoint"], registry=registry)
         self.ttft = Histogram("kvmesh_router_ttft_seconds",

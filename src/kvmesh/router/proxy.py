@@ -88,11 +88,13 @@ class Proxy:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
         rreq = RoutingRequest(request.path, body, headers)
+        started = time.perf_counter()
         try:
             decision = self.policy.select(rreq, candidates)
         except RequestShapeError as exc:
             conn.respond(400, error_body(str(exc), code="invalid_request"))
             return
+        self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self.metrics.count_decision(decision.reason)
         # Count the request as in flight now, not when its task first runs: a
         # burst parsed in one read must see the loads its own decisions create.
