@@ -235,6 +235,10 @@ def test_repeat_prompt_is_served_from_l1_with_identical_output(worker_a: Worker)
     assert warm == cold
     assert worker_a.metric("kvmesh_connector_hit_tokens_total", tier="l1") - l1_before == expected
     assert worker_a.metric("kvmesh_connector_loaded_tokens_total") - loaded_before == expected
+    # The worker asks vLLM to report cached prompt tokens; connector hits count as cached.
+    usage = worker_a.post("/v1/completions", {
+        "model": MODEL, "prompt": prompt, "max_tokens": 1, "temperature": 0})["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == expected
 
 
 def test_cache_salt_values_never_share_kv(worker_a: Worker) -> None:

@@ -133,6 +133,8 @@ def build_command(config: WorkerConfig) -> tuple[list[str], dict[str, str]]:
         config.model_name,
         "--kv-transfer-config",
         json.dumps(kv_transfer_config(config)),
+        # usage.prompt_tokens_details.cached_tokens: clients and `kvmesh bench` see hits.
+        "--enable-prompt-tokens-details",
     ]
     if config.enforce_eager:
         argv.append("--enforce-eager")

@@ -68,6 +68,7 @@ def test_command_uses_the_module_entry_point_and_configures_the_connector(model_
         "topic": "kv@demo",
     }
     assert "--enforce-eager" in argv and "--no-enable-prefix-caching" in argv
+    assert "--enable-prompt-tokens-details" in argv
     assert argv[-2:] == ["--max-num-seqs", "4"]
     assert env == {
         "VLLM_CPU_KVCACHE_SPACE": "3",
