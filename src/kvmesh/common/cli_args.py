@@ -43,15 +43,22 @@ duration_arg = _typed(parse_duration_s, "duration")
 """argparse ``type=`` for durations such as ``500ms`` (value in seconds)."""
 
 
+def _int(text: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"invalid {what} {text!r} (expected an integer)") from None
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _int(text, "count")
     if value < 1:
         raise ValueError(f"must be >= 1, got {value}")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _int(text, "port")
     if not 0 <= value <= 65535:
         raise ValueError(f"port must be in [0, 65535], got {value}")
     return value
