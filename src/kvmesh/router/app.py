@@ -52,7 +52,8 @@ class RouterApp:
         self.endpoints = EndpointRegistry(breaker_failures=config.breaker_failures,
                                           breaker_cooldown_s=config.breaker_cooldown_s)
         self.kv_index = KVIndex(config.kv_index_max_entries)
-        renderer = ModelRenderer.load(config.model_dir) if config.model_dir else None
+        renderer = (ModelRenderer.load(config.model_dir, config.token_cache_max_bytes)
+                    if config.model_dir else None)
         self.policy = create_policy(config.strategy, config, PolicyDeps(self.kv_index, renderer))
         self.metrics.watch_structures(self.prom, self.policy.structure_sizes)
         self.subscriber = KVEventSubscriber(self.on_kv_batch, on_error=self._on_kv_error,

@@ -127,6 +127,8 @@ class RouterConfig:
     """Budget of the prefix tree; LRU-trimmed to 90 % of it when exceeded."""
     kv_index_max_entries: int = 1 << 20
     """Most chunk keys the kvaware index holds; least recently touched go first."""
+    token_cache_max_bytes: int = 64 << 20
+    """Budget of kvaware's token cache (previous turns' token ids, LRU); 0 disables it."""
     cost_model: CostModel = field(default_factory=CostModel)
     """kvaware's estimated-TTFT weights."""
 
@@ -154,6 +156,8 @@ class RouterConfig:
             raise ValueError(f"load_smoothing_s must be >= 0, got {self.load_smoothing_s}")
         if self.load_slack < 0:
             raise ValueError(f"load_slack must be >= 0, got {self.load_slack}")
+        if self.token_cache_max_bytes < 0:
+            raise ValueError(f"token_cache_max_bytes must be >= 0, got {self.token_cache_max_bytes}")
         if self.load_factor < 1.0:
             raise ValueError(f"load_factor must be >= 1.0, got {self.load_factor}")
         if self.strategy == "kvaware" and not self.model_dir:

@@ -24,6 +24,7 @@ from kvmesh.common.chat_render import (
     render_chat,
 )
 from kvmesh.common.chat_render import plain_chat_text as _plain_messages_text
+from kvmesh.router.token_cache import TokenCache
 
 RequestShapeError = ChatShapeError
 """The body's prompt or messages are not what the OpenAI API allows (a ``ValueError``)."""
@@ -65,16 +66,20 @@ class ModelRenderer:
 
     tokenizer: Any
     template: ChatTemplate | None
+    token_cache: TokenCache | None = None
+    """Reuses the previous turn's tokens for chat prompts (None: tokenize every prompt whole)."""
 
     @classmethod
-    def load(cls, model_dir: str | Path) -> ModelRenderer:
+    def load(cls, model_dir: str | Path, token_cache_max_bytes: int = 0) -> ModelRenderer:
         """Load ``tokenizer.json`` and the chat template; ``ValueError`` if unusable."""
         from tokenizers import Tokenizer  # heavy: only kvaware needs it
 
         tok_path = Path(model_dir) / "tokenizer.json"
         if not tok_path.is_file():
             raise ValueError(f"--model-dir {model_dir}: no tokenizer.json")
-        return cls(Tokenizer.from_file(str(tok_path)), ChatTemplate.from_model_dir(model_dir))
+        tokenizer = Tokenizer.from_file(str(tok_path))
+        cache = TokenCache(tokenizer, token_cache_max_bytes) if token_cache_max_bytes else None
+        return cls(tokenizer, ChatTemplate.from_model_dir(model_dir), cache)
 
     def chat_text(self, body: dict[str, Any]) -> str:
         """The rendered prompt exactly as the engine renders it."""
@@ -83,8 +88,21 @@ class ModelRenderer:
     def token_ids(self, path: str, body: dict[str, Any]) -> list[int]:
         """Prompt token ids: chat without added special tokens (the template has them)."""
         if path.endswith("/chat/completions"):
-            return self.tokenizer.encode(self.chat_text(body), add_special_tokens=False).ids
+            text = self.chat_text(body)
+            if self.token_cache is None:
+                return self.tokenizer.encode(text, add_special_tokens=False).ids
+            return self.token_cache.encode_chat(text, lambda: self._previous_turn_text(body))
         prompt = completion_prompt(body)
         if isinstance(prompt, list):
             return prompt
         return self.tokenizer.encode(prompt, add_special_tokens=True).ids
+
+    def _previous_turn_text(self, body: dict[str, Any]) -> str | None:
+        """The prompt of this conversation's previous request: everything but the last exchange."""
+        messages = checked_messages(body.get("messages"))
+        if len(messages) < 3:
+            return None
+        try:
+            return render_chat(messages[:-2], self.template, body.get("tools"))
+        except ChatShapeError:
+            return None

@@ -99,4 +99,8 @@ class KVAwarePolicy(RoutingPolicy):
 
     def structure_sizes(self) -> dict[str, tuple[int, int]]:
         index = self.deps.kv_index
-        return {**self.fallback.structure_sizes(), "kv_index": (len(index), index.num_bytes)}
+        sizes = {**self.fallback.structure_sizes(), "kv_index": (len(index), index.num_bytes)}
+        cache = self.renderer.token_cache
+        if cache is not None:
+            sizes["token_cache"] = (len(cache), cache.num_bytes)
+        return sizes
