@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
@@ -141,6 +142,76 @@ class ManagedProcess:
             self.proc.wait(timeout=10)
 
 
+@dataclass
+class LoopbackServer:
+    """A server child on a loopback port with a private work directory.
+
+    Subclasses say how to start it (:meth:`argv`) and how to tell it is up
+    (:meth:`ready`). ``stop()`` then ``start()`` restarts it on the same port,
+    which tests use to simulate an outage; ``close()`` also removes the work
+    directory.
+    """
+
+    port: int = 0
+    host: str = "127.0.0.1"
+    process: ManagedProcess | None = field(default=None, init=False)
+    _tmpdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
+
+    name = "server"
+    """Used for the log file, the temporary directory and error messages."""
+
+    def argv(self) -> list[str]:
+        """The command line; may write files into :meth:`workdir`."""
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        """True once the server answers."""
+        raise NotImplementedError
+
+    def workdir(self) -> Path:
+        """The server's private directory (created on first use)."""
+        if self._tmpdir is None:
+            self._tmpdir = tempfile.TemporaryDirectory(prefix=f"kvmesh-{self.name}-")
+        return Path(self._tmpdir.name)
+
+    def start(self, timeout_s: float = 30.0) -> Self:
+        """Start (or restart on the same port) and poll until :meth:`ready`."""
+        if not self.port:
+            self.port = find_free_port(self.host)
+        log = self.workdir() / f"{self.name}.log"
+        self.process = ManagedProcess(self.argv(), f"{self.name} :{self.port}", log_path=log).start()
+        try:
+            wait_until(self.ready, timeout_s, f"{self.name} on port {self.port}", alive=self.process.alive)
+        except (TimeoutError, RuntimeError) as exc:
+            raise RuntimeError(f"{exc}\n{self.process.log_tail()}") from None
+        return self
+
+    def stop(self) -> int | None:
+        """SIGTERM (graceful) and wait; returns the exit status."""
+        if self.process is None:
+            return None
+        status = self.process.stop()
+        self.process = None
+        return status
+
+    def kill(self) -> None:
+        """SIGKILL at once (a crash)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process = None
+
+    def log_tail(self) -> str:
+        """The end of the server's log, for error messages."""
+        return self.process.log_tail() if self.process else ""
+
+    def close(self) -> None:
+        """Stop and remove the work directory."""
+        self.stop()
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+
 def redis_server_path() -> str:
     """Path of ``redis-server``; ``FileNotFoundError`` with the fix if missing."""
     path = shutil.which("redis-server")
@@ -150,30 +221,23 @@ def redis_server_path() -> str:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(LoopbackServer):
     """A private redis-server on a loopback port, with no persistence."""
 
-    port: int = 0
-    host: str = "127.0.0.1"
     password: str | None = None
     maxmemory_bytes: int = 0
-    process: ManagedProcess | None = field(default=None, init=False)
-    _tmpdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
+
+    name = "redis"
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{self.host}:{self.port}/0"
 
-    def start(self, timeout_s: float = 20.0) -> RedisServer:
-        """Start (or restart on the same port) and wait until it accepts connections."""
-        if not self.port:
-            self.port = find_free_port(self.host)
-        if self._tmpdir is None:
-            self._tmpdir = tempfile.TemporaryDirectory(prefix="kvmesh-redis-")
+    def argv(self) -> list[str]:
         argv = [
             redis_server_path(), "--port", str(self.port), "--bind", self.host,
-            "--save", "", "--appendonly", "no", "--dir", self._tmpdir.name,
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir()),
             "--protected-mode", "no", "--loglevel", "warning",
             "--proto-max-bulk-len", str(1 << 30),
         ]
@@ -181,26 +245,10 @@ class RedisServer:
             argv += ["--requirepass", self.password]
         if self.maxmemory_bytes:
             argv += ["--maxmemory", str(self.maxmemory_bytes), "--maxmemory-policy", "allkeys-lru"]
-        log = Path(self._tmpdir.name) / "redis.log"
-        self.process = ManagedProcess(argv, "redis-server", log_path=log).start()
-        wait_until(
-            lambda: tcp_ready(self.host, self.port), timeout_s, "redis-server",
-            alive=self.process.alive,
-        )
-        return self
+        return argv
 
-    def stop(self) -> None:
-        """Stop the server; it can be started again on the same port."""
-        if self.process is not None:
-            self.process.stop()
-            self.process = None
-
-    def close(self) -> None:
-        """Stop and remove its working directory."""
-        self.stop()
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
-            self._tmpdir = None
+    def ready(self) -> bool:
+        return tcp_ready(self.host, self.port)
 
 
 @contextlib.contextmanager
