@@ -122,7 +122,8 @@ def _start(model: Path, tmp: Path, name: str, l2_url: str, **kwargs: object) -> 
         chunk_size=CHUNK,
         l1_size_bytes=64 << 20,
         l2_url=l2_url,
-        l2_deadline_s=0.2,
+        # Generous for a loaded CI machine; deadline expiry itself is tested in the cache library.
+        l2_deadline_s=1.0,
         metrics_port=find_free_port(),
         kv_events_endpoint=kwargs.pop("kv_events_endpoint", None),
     )
@@ -304,13 +305,25 @@ def test_fresh_process_loads_from_l2_with_identical_output(
     worker_a: Worker, worker_b: Worker, redis_server: RedisServer
 ) -> None:
     prompt = _prompt("l2")
-    out_a = worker_a.complete(prompt)
     expected = _expected_hit(len(worker_a.tokens(prompt)))
+    wait_until(lambda: _l2_has_prefix(worker_a), 15, "A's earlier L2 writes to drain")
+    keys_before = _redis_keys(redis_server)
+    out_a = worker_a.complete(prompt)
     l2_before = worker_b.metric("kvmesh_connector_hit_tokens_total", tier="l2")
-    # A's L2 writes are asynchronous (queued during the request): wait for the queue to drain.
-    wait_until(lambda: _l2_has_prefix(worker_a), 10, "A's L2 write queue to drain")
+    # A's L2 writes are asynchronous (queued after the forward pass): poll Redis itself
+    # until every chunk of this prompt is stored, one key per chunk.
+    wait_until(lambda: _redis_keys(redis_server) - keys_before >= expected // CHUNK, 15,
+               "A's chunks to reach Redis")
     assert worker_b.complete(prompt) == out_a
     assert worker_b.metric("kvmesh_connector_hit_tokens_total", tier="l2") - l2_before == expected
+
+
+def _redis_keys(server: RedisServer) -> int:
+    client = redis.Redis(host=server.host, port=server.port)
+    try:
+        return int(client.dbsize())
+    finally:
+        client.close()
 
 
 def _l2_has_prefix(worker: Worker) -> bool:
