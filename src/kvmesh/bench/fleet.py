@@ -2,7 +2,7 @@
 
 Start order and readiness (each polled, never slept for)::
 
-    L2       kvmesh store (TCP accept) | redis-server (TCP accept) | external URL | none
+    L2       kvmesh store (protocol PING) | redis-server (TCP accept) | external URL | none
     workers  sim-worker processes or vLLM workers          (GET /health == 200 on each)
     router   kvmesh router --backend URL#events=tcp://...  (GET /health == 200)
 
@@ -26,8 +26,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kvmesh.bench.launchers import ENGINES, WorkerSlot
-from kvmesh.common.errors import KvmeshError
-from kvmesh.common.procs import ManagedProcess, RedisServer, http_ready, tcp_ready, wait_until
+from kvmesh.common.errors import KvmeshError, ProcessStartError
+from kvmesh.common.procs import LoopbackServer, ManagedProcess, RedisServer, http_ready, wait_until
+from kvmesh.store.process import StoreProcess
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ class Fleet:
     processes: list[ManagedProcess] = field(default_factory=list, init=False)
     url: str | None = field(default=None, init=False)
     worker_urls: list[str] = field(default_factory=list, init=False)
-    _redis: RedisServer | None = field(default=None, init=False)
+    _l2_server: LoopbackServer | None = field(default=None, init=False)
+    """The L2 the fleet started (store or Redis); stopped after every other child."""
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
     @property
@@ -186,17 +188,22 @@ class Fleet:
         cfg = self.config
         if cfg.l2 == "none":
             return None
-        if cfg.l2 == "redis":
-            self._redis = RedisServer(host=cfg.host, maxmemory_bytes=cfg.store_memory_bytes).start()
-            return self._redis.url
-        if cfg.l2 != "kvmesh":
+        if cfg.l2 not in ("redis", "kvmesh"):
             return cfg.l2
         port = free_ports(cfg.host, 1)[0]
-        proc = self._spawn(kvmesh_argv("store", "--host", cfg.host, "--port", str(port),
-                                       "--memory-size", str(cfg.store_memory_bytes),
-                                       "--log-level", "WARNING"), "store")
-        self._wait(proc, lambda: tcp_ready(cfg.host, port), 60.0)
-        return f"kvmesh://{cfg.host}:{port}"
+        if cfg.l2 == "redis":
+            server: LoopbackServer = RedisServer(host=cfg.host, port=port, log_dir=self.log_dir,
+                                                 maxmemory_bytes=cfg.store_memory_bytes)
+        else:
+            server = StoreProcess(host=cfg.host, port=port, log_dir=self.log_dir,
+                                  memory_size=str(cfg.store_memory_bytes),
+                                  extra_args=["--log-level", "WARNING"])
+        self._l2_server = server  # set first: stop() cleans up even a failed start
+        try:
+            server.start(timeout_s=60.0)
+        except ProcessStartError as exc:
+            raise FleetError(str(exc)) from None
+        return server.url
 
     def _start_workers(self, l2_url: str | None) -> list[WorkerSlot]:
         cfg = self.config
@@ -239,9 +246,9 @@ class Fleet:
             except Exception:  # keep stopping the others
                 log.exception("stopping %s failed", proc.name)
         self.processes.clear()
-        if self._redis is not None:
-            self._redis.close()
-            self._redis = None
+        if self._l2_server is not None:
+            self._l2_server.close()
+            self._l2_server = None
 
     def close(self) -> None:
         """Stop and remove a temporary log directory."""

@@ -45,6 +45,13 @@ class AuthError(ProtocolError):
     """The peer rejected our credentials, or we rejected theirs."""
 
 
+class ProcessStartError(KvmeshError, RuntimeError):
+    """A child server exited before it was ready, or was not ready in time.
+
+    The message ends with the tail of the child's log.
+    """
+
+
 class CorruptEntryError(KvmeshError):
     """A stored value failed its header or checksum validation.
 

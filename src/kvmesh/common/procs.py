@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from kvmesh.common.errors import ProcessStartError
+
 
 def find_free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago on ``host``."""
@@ -154,6 +156,8 @@ class LoopbackServer:
 
     port: int = 0
     host: str = "127.0.0.1"
+    log_dir: Path | None = None
+    """Where ``<name>.log`` goes (default: the work directory)."""
     process: ManagedProcess | None = field(default=None, init=False)
     _tmpdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
@@ -175,15 +179,20 @@ class LoopbackServer:
         return Path(self._tmpdir.name)
 
     def start(self, timeout_s: float = 30.0) -> Self:
-        """Start (or restart on the same port) and poll until :meth:`ready`."""
+        """Start (or restart on the same port) and poll until :meth:`ready`.
+
+        Raises :class:`ProcessStartError` (with the log's tail) if it never gets there.
+        """
         if not self.port:
             self.port = find_free_port(self.host)
-        log = self.workdir() / f"{self.name}.log"
+        log = (self.log_dir or self.workdir()) / f"{self.name}.log"
         self.process = ManagedProcess(self.argv(), f"{self.name} :{self.port}", log_path=log).start()
         try:
             wait_until(self.ready, timeout_s, f"{self.name} on port {self.port}", alive=self.process.alive)
         except (TimeoutError, RuntimeError) as exc:
-            raise RuntimeError(f"{exc}\n{self.process.log_tail()}") from None
+            tail = self.process.log_tail()
+            self.stop()
+            raise ProcessStartError(f"{exc}\n--- {self.name} log tail ---\n{tail}") from None
         return self
 
     def stop(self) -> int | None:
